@@ -1,0 +1,3 @@
+//! The kxdp command line.
+
+fn main() {}
