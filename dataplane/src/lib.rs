@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod drop_reason;
 pub mod flow;
 
+pub mod tables;
 pub mod wire;
 
 pub use drop_reason::DropReason;

@@ -1,0 +1,5 @@
+//! The tables the workers read: the service snapshot (with Maglev), conntrack, SNAT ports and affinity.
+pub mod maglev;
+pub mod nat;
+pub mod snapshot;
+pub mod fib;
