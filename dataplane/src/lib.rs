@@ -9,6 +9,7 @@
 pub mod cidr;
 pub mod drop_reason;
 pub mod flow;
+pub mod pipeline;
 
 pub mod tables;
 pub mod wire;
