@@ -18,6 +18,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// The protocol for an IP protocol / next-header number, if kxdp handles it.
+    #[inline]
     pub fn from_number(number: u8) -> Option<Self> {
         match number {
             1 => Some(Self::Icmp),
@@ -92,6 +93,7 @@ impl FlowKey {
     ///
     /// IPv4 addresses are stored as IPv4-mapped IPv6 addresses; the family bit in the last word keeps
     /// `::ffff:a.b.c.d` (IPv6) and `a.b.c.d` (IPv4) apart.
+    #[inline]
     pub fn to_words(&self) -> [u64; 5] {
         let (source, destination) = (address_bits(self.source), address_bits(self.destination));
         let family = u64::from(self.is_ipv6());
@@ -109,6 +111,7 @@ impl FlowKey {
     }
 
     /// The inverse of [`FlowKey::to_words`]; `None` for words no key packs to.
+    #[inline]
     pub fn from_words(words: [u64; 5]) -> Option<Self> {
         let last = words[4];
         if last >> 48 != 1 {
@@ -128,19 +131,25 @@ impl FlowKey {
     }
 }
 
+/// The IPv4-mapped prefix `::ffff:0:0/96`, as the high bits of a mapped address.
+const V4_MAPPED: u128 = 0xffff << 32;
+
+#[inline]
 fn address_bits(address: IpAddr) -> u128 {
     match address {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
+        IpAddr::V4(v4) => V4_MAPPED | u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
     }
 }
 
+#[inline]
 fn address_from_bits(bits: u128, ipv6: bool) -> Option<IpAddr> {
-    let v6 = Ipv6Addr::from(bits);
     if ipv6 {
-        Some(IpAddr::V6(v6))
+        Some(IpAddr::V6(Ipv6Addr::from_bits(bits)))
+    } else if bits >> 32 == V4_MAPPED >> 32 {
+        Some(IpAddr::V4(Ipv4Addr::from_bits(bits as u32)))
     } else {
-        v6.to_ipv4_mapped().map(IpAddr::V4)
+        None
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use crate::drop_reason::DropReason;
 use crate::flow::{Direction, FlowKey, Protocol, Timestamp};
 use crate::tables::affinity::AffinityTable;
-use crate::tables::conntrack::{Conntrack, Hit, Insert, NewFlow};
+use crate::tables::conntrack::{Conntrack, Hit, Insert, NewFlow, Prepared};
 use crate::tables::maglev::mix64;
 use crate::tables::nat::SnatPorts;
 use crate::tables::snapshot::{
@@ -37,6 +37,9 @@ use crate::tables::snapshot::{
 use crate::wire::{checksum, ethernet, icmp, icmpv6, ipv4, ipv6, tcp, udp};
 
 pub use crate::tables::fib::{Fib, NextHop};
+
+/// Frames processed together in the overlapping passes of [`Worker::process`] (an RX batch).
+pub const BATCH: usize = 64;
 
 /// TTL / hop limit of packets kxdp originates (rejects and echo replies).
 const REPLY_TTL: u8 = 64;
@@ -233,16 +236,38 @@ impl Worker {
             snat: &mut self.snat,
             affinity: &self.affinity,
         };
-        for frame in frames.iter_mut() {
-            frame.trace = Trace::default();
-            let verdict = match context.process_frame(frame) {
-                Ok(verdict) | Err(verdict) => verdict,
-            };
-            frame.verdict = verdict;
-            if let Verdict::Drop(_) = verdict {
-                frame.trace.action = Action::Dropped;
+        for chunk in frames.chunks_mut(BATCH) {
+            // Passes over the batch, so its cache misses overlap rather than queue: parse and hash
+            // every frame; then, in loops tight enough for the CPU to keep many loads in flight,
+            // load each conntrack bucket and then each candidate flow slot; then do the work, by
+            // which time most of those lines are in cache.
+            let mut parsed = [Err(Verdict::Pending); BATCH];
+            let mut prepared: [Option<Prepared>; BATCH] = [None; BATCH];
+            for ((frame, parsed), prepared) in chunk.iter().zip(&mut parsed).zip(&mut prepared) {
+                *parsed = parse(frame.packet());
+                if let Ok(Parsed { key: Some(key), .. }) = parsed {
+                    *prepared = Some(conntrack.prepare(key));
+                }
             }
-            count(&mut self.counters, frame);
+            for prepared in prepared.iter().flatten() {
+                std::hint::black_box(conntrack.load_bucket(prepared));
+            }
+            for prepared in prepared.iter().flatten() {
+                std::hint::black_box(conntrack.load_slot(prepared));
+            }
+            for ((frame, parsed), prepared) in chunk.iter_mut().zip(parsed).zip(prepared) {
+                frame.trace = Trace::default();
+                let verdict = match parsed
+                    .and_then(|parsed| context.process_parsed(frame, &parsed, prepared.as_ref()))
+                {
+                    Ok(verdict) | Err(verdict) => verdict,
+                };
+                frame.verdict = verdict;
+                if let Verdict::Drop(_) = verdict {
+                    frame.trace.action = Action::Dropped;
+                }
+                count(&mut self.counters, frame);
+            }
         }
     }
 }
@@ -335,17 +360,21 @@ struct Parsed {
 }
 
 impl<F: Fib + ?Sized> Context<'_, F> {
-    fn process_frame(&mut self, frame: &mut Frame<'_>) -> Stage<Verdict> {
-        let parsed = parse(frame.packet())?;
+    fn process_parsed(
+        &mut self,
+        frame: &mut Frame<'_>,
+        parsed: &Parsed,
+        prepared: Option<&Prepared>,
+    ) -> Stage<Verdict> {
         if parsed.l4_kind == L4::IcmpError {
-            return self.icmp_error(frame, &parsed);
+            return self.icmp_error(frame, parsed);
         }
-        let Some(key) = parsed.key else {
+        let (Some(key), Some(prepared)) = (parsed.key, prepared) else {
             frame.trace.action = Action::Untracked;
-            return self.forward(frame, &parsed);
+            return self.forward(frame, parsed);
         };
-        if let Some(hit) = self.conntrack.lookup(&key, self.now) {
-            return self.tracked(frame, &parsed, &key, hit);
+        if let Some(hit) = self.conntrack.lookup_prepared(&key, prepared, self.now) {
+            return self.tracked(frame, parsed, &key, hit);
         }
         let frontend_key = FrontendKey {
             address: key.destination,
@@ -354,16 +383,16 @@ impl<F: Fib + ?Sized> Context<'_, F> {
         };
         let snapshot = self.snapshot;
         if let Some(frontend) = snapshot.frontend(&frontend_key) {
-            return self.new_flow(frame, &parsed, &key, frontend);
+            return self.new_flow(frame, parsed, &key, frontend);
         }
         if parsed.l4_kind == L4::EchoRequest && self.snapshot.is_service_address(key.destination) {
-            return echo_reply(frame, &parsed);
+            return echo_reply(frame, parsed);
         }
         if parsed.fragment == Fragment::First && self.is_service_traffic(&key) {
             return Err(drop(DropReason::FragmentedServicePacket));
         }
         frame.trace.action = Action::Untracked;
-        self.forward(frame, &parsed)
+        self.forward(frame, parsed)
     }
 
     /// Whether an untracked packet is addressed to a service address (any port).
@@ -523,8 +552,8 @@ impl<F: Fib + ?Sized> Context<'_, F> {
             outer_source
         };
         set_ip_addresses(
-            buffer,
-            parsed,
+            &mut buffer[parsed.l3..],
+            parsed.ipv6,
             (outer_source, outer_destination),
             (new_source, new_inner.source),
         );
@@ -915,39 +944,53 @@ fn ip_addresses(buffer: &[u8], parsed: &Parsed) -> (IpAddr, IpAddr) {
     }
 }
 
-/// Writes new IP addresses, keeping the IPv4 header checksum right incrementally.
+/// The checksum change of replacing both addresses (what the IPv4 header and every L4 pseudo-header
+/// covers).
+#[inline]
+fn address_delta(old: (IpAddr, IpAddr), new: (IpAddr, IpAddr)) -> checksum::Delta {
+    let mut delta = checksum::Delta::default();
+    delta.address(old.0, new.0);
+    delta.address(old.1, new.1);
+    delta
+}
+
+/// Writes new IP addresses, keeping the IPv4 header checksum right incrementally; returns the
+/// address delta for the L4 checksum.
 fn set_ip_addresses(
-    buffer: &mut [u8],
-    parsed: &Parsed,
-    (old_source, old_destination): (IpAddr, IpAddr),
+    header: &mut [u8],
+    ipv6: bool,
+    old: (IpAddr, IpAddr),
     (source, destination): (IpAddr, IpAddr),
-) {
-    if parsed.ipv6 {
-        let mut ip = ipv6::Packet::new_unchecked(&mut buffer[parsed.l3..]);
+) -> checksum::Delta {
+    let delta = address_delta(old, (source, destination));
+    if ipv6 {
+        let mut ip = ipv6::Packet::new_unchecked(header);
         ip.set_source(ipv6_of(source));
         ip.set_destination(ipv6_of(destination));
     } else {
-        let mut ip = ipv4::Packet::new_unchecked(&mut buffer[parsed.l3..]);
-        let mut sum = ip.header_checksum();
-        sum = checksum::update_address(sum, old_source, source);
-        sum = checksum::update_address(sum, old_destination, destination);
+        let mut ip = ipv4::Packet::new_unchecked(header);
+        let sum = delta.apply(ip.header_checksum());
         ip.set_source(ipv4_of(source));
         ip.set_destination(ipv4_of(destination));
         ip.set_header_checksum(sum);
     }
+    delta
 }
 
 /// Rewrites a TCP/UDP/SCTP/echo packet from `old` to `new` addresses and ports, with its checksums.
 fn rewrite_flow(frame: &mut Frame<'_>, parsed: &Parsed, old: &FlowKey, new: &FlowKey) {
     let partial = frame.partial_checksum;
     let buffer = &mut frame.buffer[..parsed.end];
-    set_ip_addresses(
-        buffer,
-        parsed,
+    let addresses = set_ip_addresses(
+        &mut buffer[parsed.l3..],
+        parsed.ipv6,
         (old.source, old.destination),
         (new.source, new.destination),
     );
     let (source, destination) = (new.source, new.destination);
+    let mut ports = addresses;
+    ports.word(old.source_port, new.source_port);
+    ports.word(old.destination_port, new.destination_port);
     let segment = &mut buffer[parsed.l4..];
     match parsed.l4_kind {
         L4::Tcp { .. } => {
@@ -957,7 +1000,7 @@ fn rewrite_flow(frame: &mut Frame<'_>, parsed: &Parsed, old: &FlowKey, new: &Flo
             if partial {
                 fill_l4_checksum(&mut tcp, parsed.ipv6, source, destination);
             } else {
-                let sum = l4_update(tcp.checksum(), old, new, true);
+                let sum = ports.apply(tcp.checksum());
                 tcp.set_checksum(sum);
             }
         }
@@ -968,44 +1011,35 @@ fn rewrite_flow(frame: &mut Frame<'_>, parsed: &Parsed, old: &FlowKey, new: &Flo
             if partial {
                 fill_l4_checksum(&mut udp, parsed.ipv6, source, destination);
             } else if checksum_present {
-                let sum = l4_update(udp.checksum(), old, new, true);
-                // A computed zero is sent as all ones: zero means "no checksum" in UDP.
-                udp.set_checksum(if sum == 0 { 0xffff } else { sum });
+                let sum = ports.apply(udp.checksum());
+                udp.set_checksum(udp::transmitted(sum));
             }
         }
         L4::Sctp => {
             // SCTP's CRC32c covers ports only, never addresses; SCTP flows are refused before NAT.
         }
         L4::EchoRequest | L4::EchoReply => {
+            // The identifier stands in for both ports but sits in the header once.
+            let mut identifier = if parsed.ipv6 {
+                addresses
+            } else {
+                checksum::Delta::default()
+            };
+            identifier.word(old.source_port, new.source_port);
             if parsed.ipv6 {
                 let mut message = icmpv6::Packet::new_unchecked(segment);
                 message.set_echo_identifier(new.source_port);
-                let sum = l4_update(message.checksum(), old, new, true);
+                let sum = identifier.apply(message.checksum());
                 message.set_checksum(sum);
             } else {
                 let mut message = icmp::Packet::new_unchecked(segment);
                 message.set_echo_identifier(new.source_port);
-                let sum =
-                    checksum::update_u16(message.checksum(), old.source_port, new.source_port);
+                let sum = identifier.apply(message.checksum());
                 message.set_checksum(sum);
             }
         }
         L4::IcmpError | L4::Other => {}
     }
-}
-
-/// The incremental L4 checksum update for an address/port rewrite. For TCP, UDP and ICMPv6 the
-/// pseudo-header covers the addresses (`pseudo`); echo identifiers occupy both "ports" once.
-fn l4_update(mut sum: u16, old: &FlowKey, new: &FlowKey, pseudo: bool) -> u16 {
-    if pseudo {
-        sum = checksum::update_address(sum, old.source, new.source);
-        sum = checksum::update_address(sum, old.destination, new.destination);
-    }
-    if matches!(old.protocol, Protocol::Icmp | Protocol::Icmpv6) {
-        return checksum::update_u16(sum, old.source_port, new.source_port);
-    }
-    sum = checksum::update_u16(sum, old.source_port, new.source_port);
-    checksum::update_u16(sum, old.destination_port, new.destination_port)
 }
 
 /// Full L4 checksum recompute, for frames whose checksum field may hold only a partial sum.
@@ -1048,42 +1082,44 @@ fn fill_l4_checksum(
 /// Rewrites the packet quoted in an ICMP error: addresses, ports and whatever checksums the quote holds.
 fn rewrite_quote(quote: &mut [u8], inner: &Quote, new: &FlowKey) {
     let old = &inner.key;
-    if inner.ipv6 {
-        let mut ip = ipv6::Packet::new_unchecked(&mut quote[..]);
-        ip.set_source(ipv6_of(new.source));
-        ip.set_destination(ipv6_of(new.destination));
-    } else {
-        let mut ip = ipv4::Packet::new_unchecked(&mut quote[..]);
-        let mut sum = ip.header_checksum();
-        sum = checksum::update_address(sum, old.source, new.source);
-        sum = checksum::update_address(sum, old.destination, new.destination);
-        ip.set_source(ipv4_of(new.source));
-        ip.set_destination(ipv4_of(new.destination));
-        ip.set_header_checksum(sum);
-    }
+    let addresses = set_ip_addresses(
+        quote,
+        inner.ipv6,
+        (old.source, old.destination),
+        (new.source, new.destination),
+    );
     let l4 = &mut quote[inner.l4..inner.len];
     match old.protocol {
         Protocol::Tcp | Protocol::Udp => {
             l4[0..2].copy_from_slice(&new.source_port.to_be_bytes());
             l4[2..4].copy_from_slice(&new.destination_port.to_be_bytes());
-            let checksum_at = if old.protocol == Protocol::Tcp {
-                tcp::CHECKSUM_OFFSET
-            } else {
-                udp::CHECKSUM_OFFSET
+            let mut ports = addresses;
+            ports.word(old.source_port, new.source_port);
+            ports.word(old.destination_port, new.destination_port);
+            let (checksum_at, udp) = match old.protocol {
+                Protocol::Tcp => (tcp::CHECKSUM_OFFSET, false),
+                _ => (udp::CHECKSUM_OFFSET, true),
             };
             // The quoted L4 checksum is only there if the quote is long enough (TCP's sits at 16).
             if let Some(field) = l4.get_mut(checksum_at..checksum_at + 2) {
                 let old_sum = u16::from_be_bytes([field[0], field[1]]);
-                if !(old.protocol == Protocol::Udp && old_sum == 0) {
-                    let sum = l4_update(old_sum, old, new, true);
+                if !(udp && old_sum == 0) {
+                    let sum = ports.apply(old_sum);
+                    let sum = if udp { udp::transmitted(sum) } else { sum };
                     field.copy_from_slice(&sum.to_be_bytes());
                 }
             }
         }
         Protocol::Icmp | Protocol::Icmpv6 => {
+            // ICMPv6 checksums cover the pseudo-header; ICMPv4 checksums do not.
+            let mut identifier = if inner.ipv6 {
+                addresses
+            } else {
+                checksum::Delta::default()
+            };
+            identifier.word(old.source_port, new.source_port);
             let old_sum = u16::from_be_bytes([l4[2], l4[3]]);
-            let sum = l4_update(old_sum, old, new, old.protocol == Protocol::Icmpv6);
-            l4[2..4].copy_from_slice(&sum.to_be_bytes());
+            l4[2..4].copy_from_slice(&identifier.apply(old_sum).to_be_bytes());
             l4[4..6].copy_from_slice(&new.source_port.to_be_bytes());
         }
         Protocol::Sctp => {}

@@ -168,6 +168,13 @@ impl Flow {
     }
 }
 
+/// A key packed and hashed: the state carried between the steps of a batched lookup.
+#[derive(Clone, Copy, Debug)]
+pub struct Prepared {
+    words: [u64; 5],
+    hash: u64,
+}
+
 /// A lookup hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hit {
@@ -533,8 +540,63 @@ impl Conntrack {
     /// Finds the live flow with `key` as its original or reply key. Takes no lock, writes nothing and
     /// allocates nothing; an expired flow is a miss.
     pub fn lookup(&self, key: &FlowKey, now: Timestamp) -> Option<Hit> {
+        let prepared = self.prepare(key);
+        self.lookup_prepared(key, &prepared, now)
+    }
+
+    /// The first step of a batched lookup: the key's words and hash. No memory of the table is
+    /// touched, so a batch can be parsed and hashed before any of its cache misses are taken.
+    #[inline]
+    pub fn prepare(&self, key: &FlowKey) -> Prepared {
         let words = key.to_words();
-        self.probe(&words, self.hash(&words), now.as_secs(), |_, _| {})
+        let hash = self.hash(&words);
+        Prepared { words, hash }
+    }
+
+    /// A cache warm-up: loads the key's home bucket. Run over a whole batch in a tight loop, the
+    /// loads overlap in the CPU instead of queueing behind each other's misses.
+    #[inline]
+    pub fn load_bucket(&self, prepared: &Prepared) -> u64 {
+        // Relaxed: only brings the line in; the value matters to no one.
+        self.buckets[self.home(prepared.hash)]
+            .control
+            .load(Ordering::Relaxed)
+    }
+
+    /// The second cache warm-up: loads the slot the home bucket points at for this key's tag, if
+    /// any. Correctness never depends on it.
+    #[inline]
+    pub fn load_slot(&self, prepared: &Prepared) -> u64 {
+        let tag = prepared.hash & TAG_MASK;
+        let bucket = &self.buckets[self.home(prepared.hash)];
+        for entry in &bucket.entries {
+            // Relaxed: a hint only; `lookup_prepared` re-reads everything with the proper orderings.
+            let value = entry.load(Ordering::Relaxed);
+            if value != 0 && value & TAG_MASK == tag {
+                let index = (value & SLOT_MASK) as usize - 1;
+                if let Some(slot) = self.slots.get(index) {
+                    return slot.sequence.load(Ordering::Relaxed);
+                }
+            }
+        }
+        0
+    }
+
+    /// The last step of a batched lookup; the same answer as [`Conntrack::lookup`].
+    #[inline]
+    pub fn lookup_prepared(
+        &self,
+        key: &FlowKey,
+        prepared: &Prepared,
+        now: Timestamp,
+    ) -> Option<Hit> {
+        self.probe(
+            &prepared.words,
+            prepared.hash,
+            now.as_secs(),
+            Some(key),
+            |_, _| {},
+        )
     }
 
     /// Creates a flow, unless a live one already has its original or reply key.
@@ -561,12 +623,12 @@ impl Conntrack {
                 let _locks = self.lock_pair(self.home(original_hash), self.home(reply_hash));
                 let mut claim = |index, generation| claimed.claim(self, index, generation);
                 let existing = self
-                    .probe(&original, original_hash, now_secs, &mut claim)
+                    .probe(&original, original_hash, now_secs, None, &mut claim)
                     .or_else(|| {
                         if symmetric {
                             None
                         } else {
-                            self.probe(&reply, reply_hash, now_secs, &mut claim)
+                            self.probe(&reply, reply_hash, now_secs, None, &mut claim)
                         }
                     });
                 if let Some(hit) = existing {
@@ -762,6 +824,7 @@ impl Conntrack {
         words: &[u64; 5],
         hash: u64,
         now_secs: u64,
+        known_key: Option<&FlowKey>,
         mut on_expired: impl FnMut(usize, u64),
     ) -> Option<Hit> {
         let tag = hash & TAG_MASK;
@@ -782,7 +845,7 @@ impl Conntrack {
                 } else {
                     Direction::Reply
                 };
-                if let Some(flow) = self.read_matching(index, direction, words) {
+                if let Some(flow) = self.read_matching(index, direction, words, known_key) {
                     if !flow.is_expired(now_secs, &self.timeouts) {
                         return Some(Hit { flow, direction });
                     }
@@ -800,13 +863,20 @@ impl Conntrack {
     }
 
     /// Reads slot `index` if it is live and its `direction` key equals `words`.
-    fn read_matching(&self, index: usize, direction: Direction, words: &[u64; 5]) -> Option<Flow> {
-        self.read_slot_where(index, Some((direction, words)))
+    /// `known_key`, when given, is the decoded form of `words`: it saves decoding that side again.
+    fn read_matching(
+        &self,
+        index: usize,
+        direction: Direction,
+        words: &[u64; 5],
+        known_key: Option<&FlowKey>,
+    ) -> Option<Flow> {
+        self.read_slot_where(index, Some((direction, words)), known_key)
     }
 
     /// A consistent copy of slot `index`, if it holds a live flow.
     fn read_slot(&self, index: usize) -> Option<Flow> {
-        self.read_slot_where(index, None)
+        self.read_slot_where(index, None, None)
     }
 
     /// The seqlock read. The key comparison must use words read inside the same sequence window as
@@ -816,6 +886,7 @@ impl Conntrack {
         &self,
         index: usize,
         expected: Option<(Direction, &[u64; 5])>,
+        known_key: Option<&FlowKey>,
     ) -> Option<Flow> {
         let slot = &self.slots[index];
         // Acquire: pairs with the creator's Release store of LIVE, making the fields it wrote visible.
@@ -851,8 +922,12 @@ impl Conntrack {
         {
             return None;
         }
-        let original = FlowKey::from_words(original)?;
-        let reply = FlowKey::from_words(reply)?;
+        // The side that matched the caller's key needs no decoding: it is that key.
+        let (original, reply) = match (expected, known_key) {
+            (Some((Direction::Original, _)), Some(known)) => (*known, FlowKey::from_words(reply)?),
+            (Some((Direction::Reply, _)), Some(known)) => (FlowKey::from_words(original)?, *known),
+            _ => (FlowKey::from_words(original)?, FlowKey::from_words(reply)?),
+        };
         Some(Flow {
             handle: FlowHandle {
                 slot: index as u32,
@@ -1753,7 +1828,8 @@ mod tests {
             (overflow(home), overflow(home + 1), overflow(home + 2)),
             (13, 6, 0)
         );
-        let find = |port: u16, words: &[u64; 5]| table.probe(words, hash_of(port), 0, |_, _| {});
+        let find =
+            |port: u16, words: &[u64; 5]| table.probe(words, hash_of(port), 0, None, |_, _| {});
         for (port, words, index) in &placed {
             let hit = find(*port, words).unwrap();
             assert_eq!(hit.flow.handle.slot as usize, *index);

@@ -20,10 +20,21 @@ pub trait Fib {
 }
 
 /// A small longest-prefix-match table: routes with their resolved next hop.
+///
+/// Each family keeps its routes as integer network and mask, longest prefix first, so a lookup is a
+/// scan of and-compares with no address-enum matching on the packet path.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    /// Kept sorted longest prefix first, so the first match is the best one.
-    routes: Vec<(Cidr, NextHop)>,
+    v4: Vec<Route<u32>>,
+    v6: Vec<Route<u128>>,
+}
+
+#[derive(Clone, Debug)]
+struct Route<Bits> {
+    prefix: Cidr,
+    network: Bits,
+    mask: Bits,
+    next_hop: NextHop,
 }
 
 impl RouteTable {
@@ -33,37 +44,75 @@ impl RouteTable {
 
     /// Adds (or replaces) the route for `prefix`.
     pub fn insert(&mut self, prefix: Cidr, next_hop: NextHop) -> &mut Self {
-        self.routes.retain(|(existing, _)| *existing != prefix);
-        let position = self
-            .routes
-            .iter()
-            .position(|(existing, _)| existing.prefix_len() < prefix.prefix_len())
-            .unwrap_or(self.routes.len());
-        self.routes.insert(position, (prefix, next_hop));
+        self.remove(prefix);
+        let length = u32::from(prefix.prefix_len());
+        match prefix.network() {
+            IpAddr::V4(network) => insert_sorted(
+                &mut self.v4,
+                Route {
+                    prefix,
+                    network: network.to_bits(),
+                    mask: u32::MAX.checked_shl(32 - length).unwrap_or(0),
+                    next_hop,
+                },
+            ),
+            IpAddr::V6(network) => insert_sorted(
+                &mut self.v6,
+                Route {
+                    prefix,
+                    network: network.to_bits(),
+                    mask: u128::MAX.checked_shl(128 - length).unwrap_or(0),
+                    next_hop,
+                },
+            ),
+        }
         self
     }
 
     pub fn remove(&mut self, prefix: Cidr) -> bool {
-        let before = self.routes.len();
-        self.routes.retain(|(existing, _)| *existing != prefix);
-        self.routes.len() != before
+        let before = self.len();
+        self.v4.retain(|route| route.prefix != prefix);
+        self.v6.retain(|route| route.prefix != prefix);
+        self.len() != before
     }
 
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.len() == 0
     }
 }
 
+/// Keeps `routes` longest prefix first, so the first match is the best one.
+fn insert_sorted<Bits>(routes: &mut Vec<Route<Bits>>, route: Route<Bits>) {
+    let position = routes
+        .iter()
+        .position(|existing| existing.prefix.prefix_len() < route.prefix.prefix_len())
+        .unwrap_or(routes.len());
+    routes.insert(position, route);
+}
+
 impl Fib for RouteTable {
+    #[inline]
     fn next_hop(&self, destination: IpAddr) -> Option<NextHop> {
-        self.routes
-            .iter()
-            .find(|(prefix, _)| prefix.contains(destination))
-            .map(|(_, next_hop)| *next_hop)
+        match destination {
+            IpAddr::V4(address) => {
+                let bits = address.to_bits();
+                self.v4
+                    .iter()
+                    .find(|route| bits & route.mask == route.network)
+                    .map(|route| route.next_hop)
+            }
+            IpAddr::V6(address) => {
+                let bits = address.to_bits();
+                self.v6
+                    .iter()
+                    .find(|route| bits & route.mask == route.network)
+                    .map(|route| route.next_hop)
+            }
+        }
     }
 }
 
