@@ -159,7 +159,8 @@ pub enum WhenEmpty {
 pub struct Pool {
     /// Indices into [`Service::backends`].
     members: Vec<u16>,
-    maglev: Option<Maglev>,
+    /// Shared with the other pool of the service when both have the same members.
+    maglev: Option<Arc<Maglev>>,
     when_empty: WhenEmpty,
 }
 
@@ -176,7 +177,7 @@ impl Pool {
             .map(|&m| backend_identity(&backends[usize::from(m)]))
             .collect();
         let size = Maglev::choose_size(names.len(), previous_size, max_size);
-        let maglev = Maglev::build(&names, size);
+        let maglev = Maglev::build(&names, size).map(Arc::new);
         Self {
             members,
             maglev,
@@ -212,7 +213,7 @@ impl Pool {
     }
 
     pub fn table_size(&self) -> Option<u32> {
-        self.maglev.as_ref().map(Maglev::size)
+        self.maglev.as_ref().map(|maglev| maglev.size())
     }
 }
 
@@ -311,13 +312,18 @@ impl Service {
             previous.and_then(|p| p.internal.table_size()),
             max_table_size,
         );
-        let external = Pool::build(
-            &backends,
-            external_members.clone(),
-            empty_action(&external_members),
-            previous.and_then(|p| p.external.table_size()),
-            max_table_size,
-        );
+        // Most services have the same members in both pools: share the pool and its Maglev table.
+        let external = if external_members == internal_members {
+            internal.clone()
+        } else {
+            Pool::build(
+                &backends,
+                external_members.clone(),
+                empty_action(&external_members),
+                previous.and_then(|p| p.external.table_size()),
+                max_table_size,
+            )
+        };
         Self {
             id: spec.id,
             name: spec.name,
