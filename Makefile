@@ -76,7 +76,7 @@ bench-pipeline:
 
 # Placeholder until the netns demo exists: the bench at smoke sizes, then a generated capture
 # replayed through the pipeline, with the first packets shown before and after translation.
-demo:
+demo: deps
 	mkdir -p $(PERF_OUT)
 	$(CARGO) build --release -p kxdp-perf --bins
 	$(PERF_RUN) kxdp-bench-pipeline -- --quick
