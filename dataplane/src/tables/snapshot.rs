@@ -76,6 +76,17 @@ pub struct FrontendSpec {
     pub kind: FrontendKind,
 }
 
+impl FrontendSpec {
+    /// What this frontend matches on for a service of `protocol`.
+    pub fn key(&self, protocol: Protocol) -> FrontendKey {
+        FrontendKey {
+            address: self.address,
+            port: self.port,
+            protocol,
+        }
+    }
+}
+
 /// One endpoint as the control plane resolved it (condition filtering and named ports already applied).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
@@ -637,11 +648,7 @@ impl SnapshotBuilder {
             self.node.maglev_max_size,
         ));
         for frontend in &service.frontends {
-            let key = FrontendKey {
-                address: frontend.address,
-                port: frontend.port,
-                protocol: service.protocol,
-            };
+            let key = frontend.key(service.protocol);
             self.frontends.insert(
                 key,
                 Frontend {
@@ -659,11 +666,7 @@ impl SnapshotBuilder {
     pub fn remove_service(&mut self, id: ServiceId) -> Option<Arc<Service>> {
         let service = self.services.remove(&id)?;
         for frontend in &service.frontends {
-            let key = FrontendKey {
-                address: frontend.address,
-                port: frontend.port,
-                protocol: service.protocol,
-            };
+            let key = frontend.key(service.protocol);
             if self.frontends.get(&key).is_some_and(|f| f.service.id == id) {
                 self.frontends.remove(&key);
             }
@@ -715,11 +718,7 @@ impl SnapshotBuilder {
                     what: "frontend",
                 });
             }
-            let key = FrontendKey {
-                address: frontend.address,
-                port: frontend.port,
-                protocol: spec.protocol,
-            };
+            let key = frontend.key(spec.protocol);
             if let Some(owner) = self.frontends.get(&key) {
                 if owner.service.id != spec.id {
                     return Err(BuildError::FrontendTaken {
