@@ -208,9 +208,6 @@ impl Timestamp {
     }
 }
 
-/// The IPv4 unspecified address, handy as a placeholder in builders and tests.
-pub const IPV4_UNSPECIFIED: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-
 #[cfg(test)]
 mod tests {
     use super::*;

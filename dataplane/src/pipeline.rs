@@ -131,7 +131,7 @@ pub struct Trace {
 }
 
 /// Per-worker counters. Only the owning worker writes them, so they are plain integers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
@@ -150,27 +150,6 @@ pub struct Counters {
     pub dropped: u64,
     /// Refused packets by [`DropReason`] number. Rejections count here too.
     pub drops: [u64; DropReason::COUNT],
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Self {
-            packets: 0,
-            bytes: 0,
-            new_flows: 0,
-            flow_races_joined: 0,
-            established: 0,
-            replies: 0,
-            rejected: 0,
-            echo_replies: 0,
-            icmp_errors_translated: 0,
-            untracked: 0,
-            transmitted: 0,
-            to_host: 0,
-            dropped: 0,
-            drops: [0; DropReason::COUNT],
-        }
-    }
 }
 
 impl Counters {
@@ -274,32 +253,30 @@ impl Worker {
 
 /// Adds one processed frame to the worker's counters.
 fn count(counters: &mut Counters, frame: &Frame<'_>) {
-    {
-        counters.packets += 1;
-        counters.bytes += frame.len as u64;
-        match frame.trace.action {
-            Action::NewFlow => counters.new_flows += 1,
-            Action::Established => counters.established += 1,
-            Action::Reply => counters.replies += 1,
-            Action::Rejected => counters.rejected += 1,
-            Action::EchoReply => counters.echo_replies += 1,
-            Action::IcmpError => counters.icmp_errors_translated += 1,
-            Action::Untracked => counters.untracked += 1,
-            Action::None | Action::Dropped => {}
+    counters.packets += 1;
+    counters.bytes += frame.len as u64;
+    match frame.trace.action {
+        Action::NewFlow => counters.new_flows += 1,
+        Action::Established => counters.established += 1,
+        Action::Reply => counters.replies += 1,
+        Action::Rejected => counters.rejected += 1,
+        Action::EchoReply => counters.echo_replies += 1,
+        Action::IcmpError => counters.icmp_errors_translated += 1,
+        Action::Untracked => counters.untracked += 1,
+        Action::None | Action::Dropped => {}
+    }
+    match frame.verdict {
+        Verdict::Transmit { .. } => counters.transmitted += 1,
+        Verdict::ToHost => counters.to_host += 1,
+        Verdict::Drop(reason) => {
+            counters.dropped += 1;
+            counters.drops[reason as usize] += 1;
         }
-        match frame.verdict {
-            Verdict::Transmit { .. } => counters.transmitted += 1,
-            Verdict::ToHost => counters.to_host += 1,
-            Verdict::Drop(reason) => {
-                counters.dropped += 1;
-                counters.drops[reason as usize] += 1;
-            }
-            Verdict::Pending => {}
-        }
-        if frame.trace.action == Action::Rejected {
-            // The client got an answer, but the packet itself was refused.
-            counters.drops[DropReason::RejectedNoEndpoints as usize] += 1;
-        }
+        Verdict::Pending => {}
+    }
+    if frame.trace.action == Action::Rejected {
+        // The client got an answer, but the packet itself was refused.
+        counters.drops[DropReason::RejectedNoEndpoints as usize] += 1;
     }
 }
 
@@ -388,16 +365,11 @@ impl<F: Fib + ?Sized> Context<'_, F> {
         if parsed.l4_kind == L4::EchoRequest && self.snapshot.is_service_address(key.destination) {
             return echo_reply(frame, parsed);
         }
-        if parsed.fragment == Fragment::First && self.is_service_traffic(&key) {
+        if parsed.fragment == Fragment::First && snapshot.is_service_address(key.destination) {
             return Err(drop(DropReason::FragmentedServicePacket));
         }
         frame.trace.action = Action::Untracked;
         self.forward(frame, parsed)
-    }
-
-    /// Whether an untracked packet is addressed to a service address (any port).
-    fn is_service_traffic(&self, key: &FlowKey) -> bool {
-        self.snapshot.is_service_address(key.destination)
     }
 
     /// A packet of a flow conntrack knows: apply its translation for this direction.

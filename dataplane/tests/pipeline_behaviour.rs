@@ -83,21 +83,8 @@ fn checksums_hold(frame: &[u8]) -> bool {
 }
 
 fn run_one(harness: &mut Harness, input: &[u8], ingress: u32) -> (Verdict, Vec<u8>, Action) {
-    let mut buffer = vec![0u8; 2048];
-    buffer[..input.len()].copy_from_slice(input);
-    let mut frames = [Frame::new(&mut buffer, input.len(), ingress)];
-    harness.worker.process(
-        harness.now,
-        &harness.snapshot,
-        &harness.conntrack,
-        &harness.routes,
-        &mut frames,
-    );
-    (
-        frames[0].verdict,
-        frames[0].packet().to_vec(),
-        frames[0].trace.action,
-    )
+    let (verdict, output, trace) = harness.run_traced(input, ingress, false);
+    (verdict, output, trace.action)
 }
 
 /// The services a round trip can go through: (frontend address, port, protocol, ingress, backend veth).
@@ -141,15 +128,10 @@ proptest! {
             make_checksum_partial(&mut input, if protocol == Protocol::Tcp { 16 } else { 6 });
         }
         let mut harness = Harness::new();
-        let mut buffer = vec![0u8; 2048];
-        buffer[..input.len()].copy_from_slice(&input);
-        let mut frames = [Frame::new(&mut buffer, input.len(), ingress)];
-        frames[0].partial_checksum = partial;
-        harness.worker.process(harness.now, &harness.snapshot, &harness.conntrack, &harness.routes, &mut frames);
-        let Verdict::Transmit { ifindex: egress } = frames[0].verdict else {
-            panic!("request not transmitted: {:?}", frames[0].verdict);
+        let (verdict, forwarded, _) = harness.run_traced(&input, ingress, partial);
+        let Verdict::Transmit { ifindex: egress } = verdict else {
+            panic!("request not transmitted: {verdict:?}");
         };
-        let forwarded = frames[0].packet().to_vec();
         prop_assert!(checksums_hold(&forwarded), "forward checksums");
         let at_backend = tuple_of(&forwarded);
         prop_assert_ne!(at_backend.destination, common::ip(frontend));
@@ -364,18 +346,8 @@ fn expired_flows_are_forgotten_when_now_moves_on() {
 #[test]
 fn traces_name_the_service_and_backend() {
     let mut harness = Harness::new();
-    let mut buffer = vec![0u8; 2048];
     let input = Packet::arriving(CLIENT_VETH, CLIENT, "10.96.0.10", syn(41000, 80)).bytes();
-    buffer[..input.len()].copy_from_slice(&input);
-    let mut frames = [Frame::new(&mut buffer, input.len(), CLIENT_VETH)];
-    harness.worker.process(
-        harness.now,
-        &harness.snapshot,
-        &harness.conntrack,
-        &harness.routes,
-        &mut frames,
-    );
-    let trace = frames[0].trace;
+    let (_, _, trace) = harness.run_traced(&input, CLIENT_VETH, false);
     assert_eq!(trace.action, Action::NewFlow);
     assert_eq!(trace.service, Some(1));
     assert_eq!(trace.backend, Some(10));

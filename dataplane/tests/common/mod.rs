@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, PacketBuilder};
 use kxdp_dataplane::cidr::Cidr;
-use kxdp_dataplane::pipeline::{Frame, NextHop, Verdict, Worker, WorkerConfig};
+use kxdp_dataplane::pipeline::{Frame, NextHop, Trace, Verdict, Worker, WorkerConfig};
 use kxdp_dataplane::tables::affinity::AffinityTable;
 use kxdp_dataplane::tables::conntrack::{Config, Conntrack};
 use kxdp_dataplane::tables::fib::RouteTable;
@@ -300,6 +300,17 @@ impl Harness {
         ingress: u32,
         partial_checksum: bool,
     ) -> (Verdict, Vec<u8>) {
+        let (verdict, output, _) = self.run_traced(input, ingress, partial_checksum);
+        (verdict, output)
+    }
+
+    /// [`Harness::run`], also returning the frame's trace.
+    pub fn run_traced(
+        &mut self,
+        input: &[u8],
+        ingress: u32,
+        partial_checksum: bool,
+    ) -> (Verdict, Vec<u8>, Trace) {
         let mut buffer = vec![0u8; 2048];
         buffer[..input.len()].copy_from_slice(input);
         let mut frames = [Frame::new(&mut buffer, input.len(), ingress)];
@@ -311,8 +322,11 @@ impl Harness {
             &self.routes,
             &mut frames,
         );
-        let verdict = frames[0].verdict;
-        (verdict, frames[0].packet().to_vec())
+        (
+            frames[0].verdict,
+            frames[0].packet().to_vec(),
+            frames[0].trace,
+        )
     }
 }
 
